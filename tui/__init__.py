@@ -1,0 +1,1 @@
+"""The kiosk: a keyboard-driven Textual app over ``core.session``. It holds no business logic."""
