@@ -18,8 +18,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors with our exit code for bad input."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_BAD_INPUT, f"clinivault: error: {message}\n")
+        """One line, like every other error; the full usage is one --help away."""
+        self.exit(EXIT_BAD_INPUT,
+                  f"clinivault: error: {message} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

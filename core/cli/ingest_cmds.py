@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("vault")
     p.add_argument("--source", required=True, help="the card: a mounted directory")
     p.add_argument("--patient", required=True, metavar="ID", help="the patient identifier")
-    p.add_argument("--scheme", choices=pid.SCHEMES, help="identifier scheme (default: config)")
+    p.add_argument("--scheme", metavar="|".join(pid.SCHEMES),
+                   help="identifier scheme (default: config)")
     p.add_argument("--consent", required=True, metavar="SCOPES",
                    help="record[,teaching][,publication], or none for consent refused")
     p.add_argument("--method", choices=consentmod.METHODS, help="how consent was given")
@@ -104,6 +105,7 @@ def _progress_printer(enabled: bool):  # type: ignore[no-untyped-def]
 def cmd_ingest(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     scheme = args.scheme or cfg.patient_id.scheme
+    pid.scheme_info(scheme)  # an unknown scheme is named before anything else
     patient = pid.parse_patient_id(args.patient, scheme,
                                    allow_test_ids=cfg.patient_id.allow_test_ids,
                                    mrn_pattern=cfg.patient_id.mrn_pattern)
