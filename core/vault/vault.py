@@ -133,7 +133,12 @@ class Vault:
         return vault
 
     def close(self) -> None:
-        self._lock.release()
+        """Release every file this vault holds open, the lock last."""
+        try:
+            self.audit.close()
+            self.catalog.close()
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> Vault:
         return self
