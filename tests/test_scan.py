@@ -114,7 +114,8 @@ def test_camera_card_tree(tmp_path: Path) -> None:
     assert skipped[("DCIM", "100CANON", "fake.jpg")].reason == (
         "extension says .jpg but content is TIFF")
     assert skipped[("MISC", "AUTPRINT.MRK")].category == "not_image"
-    assert {s.parts[-1] for s in result.rejected} == {"zero.jpg", "fake.jpg"}
+    assert skipped[("DCIM", "100CANON", "zero.jpg")].category == "empty"
+    assert {s.parts[-1] for s in result.rejected} == {"fake.jpg"}
     assert result.total_bytes == sum(f.identity.size for f in result.files())
     assert result.entries == 18  # 5 folders + 13 files
     # identities are what the files are now

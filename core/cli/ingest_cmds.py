@@ -16,16 +16,20 @@ from core import consent as consentmod
 from core import patient_id as pid
 from core.cli.common import config_from, passphrase, print_json, vault_path
 from core.errors import EXIT_FAILED_SAFELY, BadInput
+from core.session.card import is_block_device
 from core.vault.vault import opened
 
 if TYPE_CHECKING:
-    from core.session import Progress
+    from collections.abc import Callable
+
+    from core.session import IngestSession, Progress, SessionSummary
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("ingest", help="take a card's images into the vault, then wipe the card")
     p.add_argument("vault")
-    p.add_argument("--source", required=True, help="the card: a mounted directory")
+    p.add_argument("--source", required=True,
+                   help="the card: a mounted directory, or its block device (/dev/sdb1)")
     p.add_argument("--patient", required=True, metavar="ID", help="the patient identifier")
     p.add_argument("--scheme", metavar="|".join(pid.SCHEMES),
                    help="identifier scheme (default: config)")
@@ -46,8 +50,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="keyword, e.g. a diagnosis (repeatable)")
     p.add_argument("--discard", choices=("auto", "none"), default="auto",
                    help="auto: discard what the quality check flags; none: keep everything")
-    p.add_argument("--wipe", choices=("files", "none"), default=None,
-                   help="files: overwrite and remove the session's files (default)")
+    p.add_argument("--wipe", choices=("files", "device", "none"), default=None,
+                   help="files: overwrite and remove the session's files (default for a "
+                        "directory); device: also overwrite and verify the whole card "
+                        "(default for a block device); none: leave the card as it is")
+    p.add_argument("--destroy-unarchived", action="store_true",
+                   help="with --wipe device: the operator confirms that files on the card "
+                        "that were not archived (unreadable, not images) are destroyed too")
     p.add_argument("--yes", action="store_true", help="confirm: the card will be wiped")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_ingest)
@@ -113,32 +122,51 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     source = Path(args.source)
     if not source.exists():
         raise BadInput(f"card path {source} does not exist")
-    if not source.is_dir():
-        raise BadInput(f"card path {source} is not a directory",
-                       "Give the directory where the card is mounted")
+    if not (source.is_dir() or is_block_device(source)):
+        raise BadInput(f"card path {source} is not a directory or a block device",
+                       "Give the directory where the card is mounted, or its device")
+    if args.wipe == "device" and not is_block_device(source):
+        raise BadInput("--wipe device needs the card's block device as --source",
+                       "Use --wipe files for a directory")
     if not args.yes:
         raise BadInput("ingest wipes the card after archiving", "Pass --yes to confirm")
-    wipe_mode = args.wipe or "files"
+    wipe_mode = args.wipe or "auto"
     show = _progress_printer(not args.json and sys.stderr.isatty())
     from core.session import IngestSession  # imaging and quality: only when ingesting
+    from core.session.card import open_card
+
     with opened(vault_path(args.vault), actor=args.operator) as vault:
-        session = IngestSession(vault, cfg, source, args.operator)
-        session.scan(show)
-        session.assess(show)
-        session.record_consent(consent)
-        if consent.granted:
-            session.identify(patient)
-            if args.discard == "none":
-                session.keep_all()
-            session.finish_review(args.keyword)
-            session.archive(show)
-            if wipe_mode == "none":
-                session.skip_wipe("--wipe none")
-            else:
-                session.wipe(show)
-        else:
-            session.wipe(show)
-        summary = session.summary()
+        card = open_card(source, cfg, vault_root=vault.root)
+        try:
+            summary = _run_ingest(IngestSession(vault, cfg, card, args.operator), args,
+                                  consent, patient, wipe_mode, show)
+        finally:
+            card.close()
+    return _report(summary, args)
+
+
+def _run_ingest(session: IngestSession, args: argparse.Namespace,
+                consent: consentmod.ConsentRecord, patient: pid.PatientId, wipe_mode: str,
+                show: Callable[[Progress], None]) -> SessionSummary:
+    """The session's steps in order, as the kiosk takes them, answered from the arguments."""
+    session.scan(show)
+    session.assess(show)
+    session.record_consent(consent)
+    if consent.granted:
+        session.identify(patient)
+        if args.discard == "none":
+            session.keep_all()
+        session.finish_review(args.keyword)
+        session.archive(show)
+        if wipe_mode == "none":
+            session.skip_wipe("--wipe none")
+            return session.summary()
+    session.wipe(show, mode=wipe_mode, destroy_unarchived=args.destroy_unarchived)
+    return session.summary()
+
+
+
+def _report(summary: SessionSummary, args: argparse.Namespace) -> int:
     result = summary.as_dict()
     if args.json:
         print_json(result)
@@ -146,7 +174,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(summary.note())
         for r in summary.rejected:
             print(f"  left on the card: {r['file']}: {r['reason']}")
-    if summary.wipe is not None and (summary.wipe.read_only or summary.wipe.not_wiped):
+    if summary.wipe is not None and not summary.wipe.complete:
         if not args.json:
             print(f"clinivault: the card was not fully wiped: {summary.wipe.words}",
                   file=sys.stderr)

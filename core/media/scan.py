@@ -56,14 +56,16 @@ MAX_ENTRIES = 1_000_000
 
 _PROGRESS_EVERY = 256
 
-SkipCategory = Literal["unsafe", "unreadable", "rejected", "not_image", "limit"]
+SkipCategory = Literal["unsafe", "unreadable", "rejected", "not_image", "limit", "empty"]
 """Why a file was not taken, for grouping in summaries:
 
 * ``unsafe``: never opened or followed (link, hard link, FIFO, socket, device, other file system)
 * ``unreadable``: the card gave an error reading it (pulled card, bad sector, permissions)
-* ``rejected``: pretends to be an image and is not (zero bytes, mislabelled, odd content)
+* ``rejected``: pretends to be an image and is not (mislabelled, odd content)
 * ``not_image``: honestly something else (a text file, a GIF, an orphan sidecar)
 * ``limit``: beyond the depth or entry limit, not looked at
+* ``empty``: zero bytes: holds no data, so a whole-card wipe loses nothing with it (fusefat
+  also shows a FAT volume label this way)
 """
 
 
@@ -299,7 +301,7 @@ class _Walk:
             self.skip(parts, "hard link (shared with another file): not archived or wiped",
                       "unsafe")
         elif st.st_size == 0:
-            self.skip(parts, "zero-byte file", "rejected")
+            self.skip(parts, "zero-byte file", "empty")
         else:
             self.regular(dir_fd, parts, st)
 
@@ -319,7 +321,7 @@ class _Walk:
         finally:
             os.close(fd)
         if not head or identity.size == 0:
-            self.skip(parts, "zero-byte file", "rejected")
+            self.skip(parts, "zero-byte file", "empty")
             return
         verdict = classify(parts[-1], head)
         if verdict.kind is None:

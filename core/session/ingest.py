@@ -27,6 +27,7 @@ from core.consent import ConsentRecord
 from core.errors import BadInput, ClinivaultError, FailedSafely
 from core.imaging.decode import ImageAnalysis
 from core.imaging.pool import DecodeLimits, DecodePool
+from core.media.mounts import CardReadOnly
 from core.media.safe_open import (
     CardFileError,
     FileIdentity,
@@ -37,6 +38,7 @@ from core.media.safe_open import (
 from core.media.scan import CardFile, MediaItem, ScanResult, scan_card
 from core.patient_id import PatientId
 from core.quality import BurstCandidate, Flag, QualityThresholds, assess, explain, find_duplicates
+from core.session.card import CardSource
 from core.session.journal import Journal
 from core.session.model import (
     OPERATOR_REASON,
@@ -47,9 +49,11 @@ from core.session.model import (
     WipeSummary,
     count_discards,
 )
+from core.session.reidentify import reidentify
 from core.vault.store import StoredObject, VaultFull, new_object_id
 from core.vault.vault import Vault
 from core.wipe import WipeOutcome, wipe_files
+from core.wipe_device import DeviceWipeOutcome, block_fingerprints, residue_scan, wipe_device
 
 ProgressFn = Callable[[Progress], None]
 Cancelled = Callable[[], bool]
@@ -84,13 +88,17 @@ def refused_record(journal: Journal, wipe: dict[str, Any]) -> dict[str, Any]:
 class IngestSession:
     """A card being taken into the vault. Not thread-safe: one worker drives it."""
 
-    def __init__(self, vault: Vault, config: Config, source: Path, operator: str, *,
-                 source_label: str | None = None) -> None:
+    def __init__(self, vault: Vault, config: Config, source: Path | CardSource, operator: str,
+                 *, source_label: str | None = None) -> None:
         self.vault = vault
         self.config = config
-        self.source = Path(source)
+        self.card = source if isinstance(source, CardSource) else CardSource(root=Path(source))
+        self.source = self.card.root
         self.operator = operator
-        self.source_label = source_label
+        self.source_label = source_label or self.card.label
+        self.device_outcome: DeviceWipeOutcome | None = None
+        self.wipe_blockers: list[str] = []
+        self.residue: int | None = None
         started = datetime.now(UTC).replace(microsecond=0)
         self.id = new_session_id(started)  # the catalog shards by the day in the id
         self.started = started.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -126,7 +134,8 @@ class IngestSession:
         self.state = State.SCANNED
         self.vault.audit.append(self.operator, "session.started", self.id, {
             "items": len(self.items), "skipped": len(result.skipped),
-            "bytes": result.total_bytes, "card": self.source_label})
+            "bytes": result.total_bytes,
+            "source": "device" if self.card.is_device else "folder"})
         for sk in result.skipped:
             self.vault.audit.append(self.operator, "file.skipped", self.id,
                                     {"reason": sk.reason})
@@ -343,37 +352,115 @@ class IngestSession:
         }
 
     # -- 7. wipe -------------------------------------------------------------------------
-    def wipe(self, progress: ProgressFn | None = None) -> WipeOutcome:
-        """Overwrite and remove every archived or discarded file (all images if refused)."""
-        if self.state == State.REFUSED:
-            targets = [f for it in self.items if not it.unreadable for f in it.files()]
-            refused = True
-        else:
+    def wipe(self, progress: ProgressFn | None = None, *, mode: str = "auto",
+             destroy_unarchived: bool = False) -> WipeOutcome:
+        """Overwrite and remove every archived or discarded file (all images if refused).
+
+        *mode* "files" is the per-file wipe; "device" (the default for a block device) goes
+        on to overwrite and verify the whole card — but only when nothing unarchived would
+        be destroyed with it, or *destroy_unarchived* says the operator confirmed that.
+        A device source also gets a residue scan: every 4 KiB block of the session's files
+        looked for on the whole card afterwards.
+        """
+        refused = self.state == State.REFUSED
+        if not refused:
             self._require(State.ARCHIVED)
-            targets = [f for it in self.items if not it.unreadable for f in it.files()]
-            refused = False
-        self._transition(State.WIPING, refused=refused)
+        if mode == "auto":
+            mode = "device" if self.card.is_device else "files"
+        if mode == "device" and not self.card.is_device:
+            raise BadInput("a whole-card wipe needs the card's block device as the source")
+        targets = [f for it in self.items if not it.unreadable for f in it.files()]
+        self._transition(State.WIPING, refused=refused, wipe_mode=mode)
+        prints = self._fingerprints(targets) if self.card.is_device else None
         total = sum(f.identity.size for f in targets)
-        outcome = wipe_files(self.source, targets, progress=(
-            (lambda done, _t: progress(Progress("wipe", done, total, None, done, total)))
-            if progress else None), crash_hook=crashpoints.reached)
+        try:
+            stable = self.card.make_writable()
+        except CardReadOnly:
+            outcome = WipeOutcome(mode="files", read_only=True, not_wiped=[
+                (f.parts, "card is write-protected") for f in targets])
+        else:
+            self.source = self.card.root
+            if not stable:
+                targets = self._reidentified(targets)
+            outcome = wipe_files(self.source, targets, progress=(
+                (lambda done, _t: progress(Progress("wipe", done, total, None, done, total)))
+                if progress else None), crash_hook=crashpoints.reached)
+            if mode == "device" and not outcome.read_only and not outcome.stopped:
+                self.wipe_blockers = self._unarchived_on_card(outcome)
+                if not self.wipe_blockers or destroy_unarchived:
+                    self.device_outcome = self._wipe_device(progress)
         self.wipe_outcome = outcome
-        summary = self._wipe_summary(outcome)
+        if prints is not None and self.card.identity is not None:
+            self.residue = residue_scan(self.card.identity.disk_devnode, prints, progress=(
+                (lambda _ph, done, tot: progress(Progress("residue scan", done, tot)))
+                if progress else None))
+        summary = self._wipe_summary()
+        assert summary is not None
         if refused:
             assert self.journal is not None
-            self.vault.catalog.commit_session(refused_record(self.journal, summary.catalog_dict()))
+            self.vault.catalog.commit_session(refused_record(self.journal,
+                                                             summary.catalog_dict()))
         else:
             self.vault.catalog.update_session(self.id, {"wipe": summary.catalog_dict(),
                                                         "state": State.DONE.value})
         self.vault.audit.append(self.operator, "wipe.done", self.id, {
-            "mode": outcome.mode, "files": len(outcome.wiped),
-            "not_wiped": len(outcome.not_wiped), "read_only": outcome.read_only,
-            "residue": None, "refused": refused})
+            "mode": summary.mode, "files": len(outcome.wiped),
+            "not_wiped": len(outcome.not_wiped), "read_only": summary.read_only,
+            "cleared": bool(self.device_outcome and self.device_outcome.cleared),
+            "unarchived_blocking": len(self.wipe_blockers),
+            "residue": self.residue, "refused": refused})
         self._transition(State.DONE)
         self.vault.audit.append(self.operator, "session.finished", self.id,
                                 {"note": self.summary().note()})
         if self.journal:
             self.journal.remove()
+        return outcome
+
+    def _fingerprints(self, targets: list[CardFile]) -> set[bytes]:
+        """4 KiB block fingerprints of every file the wipe will remove (for the residue scan),
+        taken while the card is still mounted read-only."""
+        prints: set[bytes] = set()
+        root_fd = open_root(self.source)
+        try:
+            for f in targets:
+                try:
+                    fd = open_card_file(root_fd, f.parts, expect=f.identity)
+                except CardFileError:
+                    continue
+                with os.fdopen(fd, "rb") as fh:
+                    prints |= block_fingerprints(fh)
+        finally:
+            os.close(root_fd)
+        return prints
+
+    def _reidentified(self, targets: list[CardFile]) -> list[CardFile]:
+        digests = {}
+        for key, obj in self.stored.items():
+            idx, n = (int(x) for x in key.split("/"))
+            digests[self.items[idx].files()[n].parts] = obj.sha256
+        root_fd = open_root(self.source)
+        try:
+            return [reidentify(root_fd, f, digests.get(f.parts)) for f in targets]
+        finally:
+            os.close(root_fd)
+
+    def _unarchived_on_card(self, outcome: WipeOutcome) -> list[str]:
+        """Files a whole-card wipe would destroy that are not in the vault, by name."""
+        names = [it.display for it in self.items if it.unreadable for _ in it.files()]
+        if self.scan_result:
+            names += [sk.display for sk in self.scan_result.skipped if sk.category != "empty"]
+        names += [display_name(p) for p, _ in outcome.not_wiped]
+        return names
+
+    def _wipe_device(self, progress: ProgressFn | None) -> DeviceWipeOutcome:
+        assert self.card.candidate is not None and self.card.identity is not None
+        outcome = wipe_device(
+            self.card.candidate, self.card.identity, vault_path=self.vault.root,
+            mounted=self.card.mounted, progress=(
+                (lambda phase, done, tot: progress(Progress(f"wipe {phase}", done, tot,
+                                                            None, done, tot)))
+                if progress else None))
+        crashpoints.reached("wipe.device")
         return outcome
 
     def skip_wipe(self, reason: str) -> None:
@@ -385,13 +472,37 @@ class IngestSession:
         if self.journal:
             self.journal.remove()
 
-    @staticmethod
-    def _wipe_summary(outcome: WipeOutcome) -> WipeSummary:
+    def _wipe_summary(self) -> WipeSummary | None:
+        outcome = self.wipe_outcome
+        if outcome is None:
+            return None
+        words = outcome.summary()
+        mode = outcome.mode
+        if self.device_outcome is not None:
+            mode = "device"
+            words = self.device_outcome.summary()
+        elif self.wipe_blockers:
+            shown = ", ".join(self.wipe_blockers[:3])
+            more = f" and {len(self.wipe_blockers) - 3} more" if len(self.wipe_blockers) > 3 \
+                else ""
+            words += (f"; whole-card wipe NOT run: {len(self.wipe_blockers)} files on the card "
+                      f"are not archived ({shown}{more}); confirm their destruction to wipe "
+                      "the whole card")
+        if self.residue is not None:
+            words += ("; residue scan: no fragment of any session file found on the card"
+                      if self.residue == 0 else
+                      f"; residue scan: {self.residue} blocks of session files still on "
+                      "the card")
+        read_only = outcome.read_only or bool(self.device_outcome and
+                                              self.device_outcome.read_only)
+        complete = not (read_only or outcome.stopped or outcome.not_wiped or
+                        self.wipe_blockers or (self.residue or 0) > 0 or
+                        (self.device_outcome is not None and not self.device_outcome.cleared))
         return WipeSummary(
-            mode=outcome.mode, files=len(outcome.wiped), bytes=outcome.bytes_overwritten,
-            read_only=outcome.read_only,
+            mode=mode, files=len(outcome.wiped), bytes=outcome.bytes_overwritten,
+            read_only=read_only,
             not_wiped=[(display_name(p), r) for p, r in outcome.not_wiped],
-            residue=None, words=outcome.summary())
+            residue=self.residue, words=words, complete=complete)
 
     # -- 8. summary ----------------------------------------------------------------------
     def summary(self) -> SessionSummary:
@@ -412,7 +523,7 @@ class IngestSession:
             rejected=rejected, left_on_card=left,
             archived_bytes=sum(o.size for o in self.stored.values()),
             consent=consent_words,
-            wipe=self._wipe_summary(self.wipe_outcome) if self.wipe_outcome else None)
+            wipe=self._wipe_summary())
 
     # -- helpers -------------------------------------------------------------------------
     def _require(self, state: State) -> None:

@@ -110,19 +110,21 @@ class WipeSummary:
     not_wiped: list[tuple[str, str]]
     residue: int | None
     words: str
+    complete: bool = True
+    """Everything asked for was done: no file left, no stop, a requested Clear verified."""
 
     def as_dict(self) -> dict[str, Any]:
         """For the operator and the CLI's JSON: names the files that were not wiped."""
         return {"mode": self.mode, "files": self.files, "bytes": self.bytes,
                 "read_only": self.read_only,
                 "not_wiped": [{"file": f, "reason": r} for f, r in self.not_wiped],
-                "residue": self.residue, "words": self.words}
+                "residue": self.residue, "words": self.words, "complete": self.complete}
 
     def catalog_dict(self) -> dict[str, Any]:
         """For the catalog, which auditors read: counts only, never card file names."""
         return {"mode": self.mode, "files": self.files, "bytes": self.bytes,
                 "read_only": self.read_only, "not_wiped": len(self.not_wiped),
-                "residue": self.residue}
+                "residue": self.residue, "complete": self.complete}
 
 
 @dataclass

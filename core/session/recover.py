@@ -9,26 +9,18 @@ the same place (each file's identity is checked before it is touched).
 
 from __future__ import annotations
 
-import hashlib
 import os
-import stat
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from core import audit as auditlog
 from core.errors import ClinivaultError
-from core.media.safe_open import (
-    CardFileError,
-    FileIdentity,
-    display_name,
-    open_card_dir,
-    open_card_file,
-    open_root,
-)
+from core.media.safe_open import display_name, open_root
 from core.media.scan import CardFile
 from core.session.ingest import card_file_from_dict, refused_record
 from core.session.journal import Journal, unfinished
 from core.session.model import State, WipeSummary
+from core.session.reidentify import reidentify
 from core.vault.vault import Vault
 from core.wipe import wipe_files
 
@@ -102,48 +94,13 @@ def _archived_digests(vault: Vault, journal: Journal, sid: str) -> dict[tuple[in
     return out
 
 
-def _reidentify(root_fd: int, f: CardFile, sha256: str | None) -> CardFile:
-    """The same file after a remount: FAT and exFAT drivers invent inode numbers at each
-    mount, so a file whose (device, inode) changed is accepted when its path, size and
-    modification time are unchanged and, for an archived file, its content hashes to the
-    verified object's SHA-256. Anything else keeps its old identity and the wipe refuses it."""
-    try:
-        dfd = open_card_dir(root_fd, f.parts[:-1])
-    except CardFileError:
-        return f
-    try:
-        st = os.stat(f.parts[-1], dir_fd=dfd, follow_symlinks=False)
-    except OSError:
-        return f
-    finally:
-        os.close(dfd)
-    old = f.identity
-    if (st.st_dev, st.st_ino) == (old.dev, old.ino) or not stat.S_ISREG(st.st_mode):
-        return f
-    if (st.st_size, st.st_mtime_ns) != (old.size, old.mtime_ns):
-        return f
-    new = replace(f, identity=FileIdentity.from_stat(st))
-    if sha256 is not None:
-        digest = hashlib.sha256()
-        try:
-            fd = open_card_file(root_fd, f.parts, expect=new.identity)
-        except CardFileError:
-            return f
-        with os.fdopen(fd, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != sha256:
-            return f
-    return new
-
-
 def _wipe_targets(vault: Vault, journal: Journal, sid: str, source: Path) -> list[CardFile]:
     decisions = journal.data.get("decisions") or []
     items = journal.data.get("items") or []
     digests = _archived_digests(vault, journal, sid)
     root_fd = open_root(source)
     try:
-        return [_reidentify(root_fd, card_file_from_dict(f), digests.get((i, n)))
+        return [reidentify(root_fd, card_file_from_dict(f), digests.get((i, n)))
                 for i, files in enumerate(items)
                 if not (i < len(decisions) and decisions[i].get("unreadable"))
                 for n, f in enumerate(files)]
@@ -171,7 +128,9 @@ def _finish_wipe(vault: Vault, journal: Journal, actor: str, wipe: bool, sid: st
     summary = WipeSummary(mode=outcome.mode, files=len(outcome.wiped),
                           bytes=outcome.bytes_overwritten, read_only=outcome.read_only,
                           not_wiped=[(display_name(p), r) for p, r in outcome.not_wiped],
-                          residue=None, words=outcome.summary())
+                          residue=None, words=outcome.summary(),
+                          complete=not (outcome.read_only or outcome.stopped
+                                        or outcome.not_wiped))
     if refused:
         vault.catalog.commit_session(refused_record(journal, summary.catalog_dict()))
     else:
