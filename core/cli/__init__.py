@@ -24,13 +24,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core.cli import audit_cmds, custodian_cmds, ingest_cmds, media_cmds, vault_cmds
+    from core.cli import (
+        audit_cmds,
+        custodian_cmds,
+        ingest_cmds,
+        media_cmds,
+        user_cmds,
+        vault_cmds,
+    )
 
     parser = _Parser(prog="clinivault", description=__doc__.splitlines()[0])
     parser.add_argument("--config", metavar="FILE",
                         help="site configuration file (default: $CLINIVAULT_CONFIG)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in (vault_cmds, audit_cmds, ingest_cmds, media_cmds, custodian_cmds):
+    for module in (vault_cmds, audit_cmds, ingest_cmds, media_cmds, custodian_cmds,
+                   user_cmds):
         module.register(sub)
     return parser
 

@@ -407,7 +407,7 @@ class IngestSession:
             "mode": summary.mode, "files": len(outcome.wiped),
             "not_wiped": len(outcome.not_wiped), "read_only": summary.read_only,
             "cleared": bool(self.device_outcome and self.device_outcome.cleared),
-            "unarchived_blocking": len(self.wipe_blockers),
+            "unarchived_blocking": 0 if self.device_outcome else len(self.wipe_blockers),
             "residue": self.residue, "refused": refused})
         self._transition(State.DONE)
         self.vault.audit.append(self.operator, "session.finished", self.id,
@@ -444,8 +444,12 @@ class IngestSession:
         finally:
             os.close(root_fd)
 
+    def unarchived_on_card(self) -> list[str]:
+        """Files a whole-card wipe would destroy that are not in the vault, by name: the
+        kiosk asks the operator to confirm these before offering the whole-card wipe."""
+        return self._unarchived_on_card(WipeOutcome())
+
     def _unarchived_on_card(self, outcome: WipeOutcome) -> list[str]:
-        """Files a whole-card wipe would destroy that are not in the vault, by name."""
         names = [it.display for it in self.items if it.unreadable for _ in it.files()]
         if self.scan_result:
             names += [sk.display for sk in self.scan_result.skipped if sk.category != "empty"]
@@ -496,7 +500,8 @@ class IngestSession:
         read_only = outcome.read_only or bool(self.device_outcome and
                                               self.device_outcome.read_only)
         complete = not (read_only or outcome.stopped or outcome.not_wiped or
-                        self.wipe_blockers or (self.residue or 0) > 0 or
+                        (self.wipe_blockers and self.device_outcome is None) or
+                        (self.residue or 0) > 0 or
                         (self.device_outcome is not None and not self.device_outcome.cleared))
         return WipeSummary(
             mode=mode, files=len(outcome.wiped), bytes=outcome.bytes_overwritten,
@@ -511,8 +516,9 @@ class IngestSession:
         if self.scan_result:
             rejected += [{"file": sk.display, "reason": sk.reason}
                          for sk in self.scan_result.skipped]
-        left = [{"file": it.display, "reason": it.unreadable_reason or ""}
-                for it in self.items if it.unreadable]
+        cleared = self.device_outcome is not None and self.device_outcome.cleared
+        left = [] if cleared else [{"file": it.display, "reason": it.unreadable_reason or ""}
+                                   for it in self.items if it.unreadable]
         consent_words = self.consent.summary() if self.consent else "consent not recorded"
         refused = self.consent is not None and not self.consent.granted
         return SessionSummary(

@@ -157,8 +157,8 @@ class SessionSummary:
             parts.append(f"{self.deleted} deleted ({reasons})")
         else:
             parts.append("0 deleted")
-        if self.rejected:
-            parts.append(f"{len(self.rejected)} unreadable left on the card")
+        if self.left_on_card:
+            parts.append(f"{len(self.left_on_card)} unreadable left on the card")
         line = "; ".join(parts) + f" — {self.consent}"
         if self.wipe is not None:
             line += f"; card: {self.wipe.words}"
