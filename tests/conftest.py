@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,3 +41,30 @@ def vault(tmp_path: Path, cfg: Config) -> Iterator[object]:
         yield v
     finally:
         v.close()
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """Mount a fresh tmpfs (a separate file system) at a folder; unmounted after the test."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted: list[Path] = []
+
+    def mount(where: Path, bind_from: Path | None = None) -> Path:
+        if bind_from is None:
+            where.mkdir(parents=True, exist_ok=True)
+            cmd = ["mount", "-t", "tmpfs", "-o", "size=16m", "cvtest", str(where)]
+        else:  # bind-mount one file (or folder) over another
+            cmd = ["mount", "--bind", str(bind_from), str(where)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    try:
+        yield mount
+    finally:
+        for where in reversed(mounted):
+            if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(where)], capture_output=True)

@@ -6,8 +6,7 @@ import os
 import shutil
 import socket
 import stat
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -41,33 +40,6 @@ def real_jpeg(name: str) -> bytes:
 
 def by_parts(result: ScanResult) -> dict[tuple[str, ...], Skipped]:
     return {s.parts: s for s in result.skipped}
-
-
-@pytest.fixture
-def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
-    """Mount a fresh tmpfs (a separate file system) at a folder; unmounted after the test."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mounted: list[Path] = []
-
-    def mount(where: Path, bind_from: Path | None = None) -> Path:
-        if bind_from is None:
-            where.mkdir(parents=True, exist_ok=True)
-            cmd = ["mount", "-t", "tmpfs", "-o", "size=16m", "cvtest", str(where)]
-        else:  # bind-mount one file (or folder) over another
-            cmd = ["mount", "--bind", str(bind_from), str(where)]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-        mounted.append(where)
-        return where
-
-    try:
-        yield mount
-    finally:
-        for where in reversed(mounted):
-            if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
-                subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
 def test_camera_card_tree(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import os
 import pickle
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,30 +49,6 @@ def differs_entirely(new: bytes, old: bytes) -> bool:
     """Random bytes over the old content: about 1 in 256 positions agree by chance."""
     same = sum(a == b for a, b in zip(new, old, strict=True))
     return same < len(old) // 64 + 8 and old[:32] not in new
-
-
-@pytest.fixture
-def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[[Path], Path]]:
-    """Mount a fresh tmpfs (a file system we can remount read-only); unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mounted: list[Path] = []
-
-    def mount(where: Path) -> Path:
-        where.mkdir(parents=True, exist_ok=True)
-        res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "cvtest", str(where)],
-                             capture_output=True, text=True)
-        if res.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-        mounted.append(where)
-        return where
-
-    try:
-        yield mount
-    finally:
-        for where in reversed(mounted):
-            if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
-                subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
 def remount_read_only(where: Path) -> None:
