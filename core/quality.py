@@ -71,7 +71,7 @@ class QualityMetrics:
     shake: float
     mean_luma: float
     shadow_level: float       # luma below which the darkest 0.5% of the picture lies
-    highlight_level: float    # luma above which the brightest 0.5% of the picture lies
+    highlight_level: float    # brightest colour channel above which the brightest 0.5% lies
     shadows_clipped: float    # share of pixels crushed to black (every channel <= 4)
     highlights_clipped: float  # share of pixels blown out (some channel >= 250)
     lit_clipped: float        # the same share among the lit pixels (brighter than a quarter
@@ -150,28 +150,29 @@ def _reduce_to(img: Image.Image, side: int) -> Image.Image:
 def _decode(img: Image.Image) -> tuple[Image.Image, Image.Image]:
     """(full-resolution luma, colour copy about _EXPOSURE_SIDE px long) of an opened image.
 
-    A JPEG is read twice from its bytes and *img* itself is left untouched (still usable for
-    thumbnails): once for the Y channel only at full resolution (``draft("L")``: no chroma
-    upsampling or colour conversion, about half the time of an RGB decode), once in colour at
-    1/8 scale (DCT scaling: no inverse transform), because clipping is a per-channel matter a
-    luma-only decode cannot see. Any other format is loaded (so *img* is) and converted.
+    A JPEG is decoded twice. The luma from a copy of its bytes, Y channel only at full
+    resolution (``draft("L")``: no chroma upsampling or colour conversion, about half the time
+    of an RGB decode). The colour at 1/8 scale (DCT scaling: no inverse transform) on *img*
+    itself, because clipping is a per-channel matter a luma-only decode cannot see: *img* is
+    left loaded as that reduced colour image (about 500 px long at 12 MP), big enough for
+    core.imaging to make its 320 px thumbnail without decoding the file a third time.
+    Any other format is loaded in place and converted.
     """
     fp = getattr(img, "fp", None)
     if img.format in _JPEG_FORMATS and img.tile and fp is not None:
         fp.seek(0)
         data = fp.read()
-        full = Image.open(io.BytesIO(data))
+        full = Image.open(io.BytesIO(data), formats=[img.format])
         if full.mode in ("RGB", "YCbCr"):
             full.draft("L", full.size)
         full.load()
-        colour = Image.open(io.BytesIO(data))
-        w, h = colour.size
+        w, h = img.size
         scale = 8
         while scale > 1 and max(w, h) // scale < _EXPOSURE_SIDE // 2:
             scale //= 2
-        colour.draft("RGB", (max(1, w // scale), max(1, h // scale)))
-        colour.load()
-        return _to_luma(full), _reduce_to(_to_rgb(colour), _EXPOSURE_SIDE)
+        img.draft("RGB", (max(1, w // scale), max(1, h // scale)))
+        img.load()
+        return _to_luma(full), _reduce_to(_to_rgb(img), _EXPOSURE_SIDE)
     img.load()
     luma = _to_luma(img)
     return luma, _reduce_to(_to_rgb(img), _EXPOSURE_SIDE)
@@ -308,10 +309,11 @@ def hamming(a: int, b: int) -> int:
 def measure(img: Image.Image) -> QualityMetrics:
     """Measure an opened (not yet loaded) image; decodes it at full resolution.
 
-    A JPEG is decoded from a copy of its bytes and *img* is left unloaded and unchanged, so
-    the caller can still make a thumbnail from it; any other format is loaded in place.
-    Memory: the file's bytes, one 8-bit luminance plane (12 MB at 12 MP, 50 MB at 50 MP) and
-    copies of at most a megapixel; measured peaks are in docs/QUALITY.md.
+    A JPEG's luminance is decoded from a copy of its bytes; *img* itself is left loaded as a
+    reduced colour image (1/8 scale, about 500 px long at 12 MP): thumbnails can be made from
+    it, but its ``size`` is then the reduced one (the metrics keep the stored size). Any other
+    format is loaded in place. Memory: the file's bytes, one 8-bit luminance plane (12 MB at
+    12 MP, 50 MB at 50 MP) and copies of at most a megapixel; docs/QUALITY.md has the peaks.
     Raises what Pillow raises for a damaged file (OSError, ValueError, ...): the caller
     reports those as ``unreadable``.
     """
@@ -327,7 +329,11 @@ def measure(img: Image.Image) -> QualityMetrics:
     hist = np.bincount(y.ravel(), minlength=256).astype(np.float64)
     total = max(1.0, float(y.size))
     cdf = np.cumsum(hist) / total
-    highlight = float(np.searchsorted(cdf, 0.995))
+    # Highlights on the brightest channel, not luma: a well-exposed saturated blue or green
+    # has its top channel near white but a luma under mid-grey. -2.5 EV caps every channel at
+    # sRGB 118, so this catches it whatever the colour.
+    top_cdf = np.cumsum(np.bincount(top.ravel(), minlength=256)) / total
+    highlight = float(np.searchsorted(top_cdf, 0.995))
     # The lit picture: what is brighter than a quarter of the highlights (and than _LIT), so
     # a black drape lifted to dark grey by overexposure does not dilute the blown subject.
     lit = y > max(_LIT, highlight / 4)

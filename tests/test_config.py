@@ -26,10 +26,11 @@ def test_defaults_load_with_every_section() -> None:
 
 
 def test_site_file_overrides_and_int_is_accepted_for_float(tmp_path: Path) -> None:
-    site = write(tmp_path, "[patient_id]\nscheme = 'nhs'\n[quality]\ndark_mean_max = 40\n")
+    site = write(tmp_path, "[patient_id]\nscheme = 'nhs'\n[quality]\ndark_highlight_max = 100\n")
     cfg = load_config(site, use_env=False)
     assert cfg.patient_id.scheme == "nhs"
-    assert cfg.quality.dark_mean_max == 40.0 and isinstance(cfg.quality.dark_mean_max, float)
+    assert cfg.quality.dark_highlight_max == 100.0
+    assert isinstance(cfg.quality.dark_highlight_max, float)
     assert cfg.sources[-1] == site
 
 
